@@ -128,10 +128,13 @@ class SegmentLayout:
         return SegmentQuery(tuple(self.terms(h)), self.count - max_distance, max_distance)
 
     def segment_matrix(self, values: np.ndarray) -> np.ndarray:
-        """Segments of many hashes at once: uint64 array (n,) to an int64 array (n, m)."""
+        """Segments of many hashes at once: uint64 array (n,) to a uint64 array (n, m).
+
+        uint64 rather than int64 so that a segment as wide as the hash cannot wrap negative.
+        """
         values = values.astype(np.uint64, copy=False)
         cols = [(values >> np.uint64(s)) & np.uint64(m) for s, m in self._shifts_and_masks]
-        return np.stack(cols, axis=1).astype(np.int64)
+        return np.stack(cols, axis=1)
 
 
 #: 16 segments of 4 bits, one hex digit each. Recall is guaranteed up to distance 15; at the default
