@@ -24,6 +24,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from lookalike.errors import ModelError
+from lookalike.imaging import RESAMPLING
 
 MODEL_NAME = "vgg16-gmp-fp32"
 INPUT_SIZE = 224
@@ -37,7 +38,7 @@ BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 # half-size copy → BILINEAR 0.985 (min 0.900), NEAREST 0.949 (min 0.513). Pillow's bilinear
 # widens its support when reducing (an antialiased reduce), so aliasing does not change
 # with the size of the upload the way nearest-neighbour sampling does.
-RESIZE_FILTER = Image.Resampling.BILINEAR
+RESIZE_FILTER = RESAMPLING  # the decoder's filter too: one constant for every resize
 
 # Images per inference call. Batching buys no throughput on a CPU (about 140 ms of CPU per
 # image at batch 1, 4, 8 or 16) but each image in a batch adds about 53 MB of activations
