@@ -34,11 +34,17 @@ class Services:
         self.vectors.close()
 
 
-def build_services(settings: Settings, *, objects: ObjectStore | None = None) -> Services:
-    """Wire the services for ``settings``; ``objects`` overrides the object store (tests, local twin)."""
+def build_services(
+    settings: Settings, *, objects: ObjectStore | None = None, extractor: SignatureExtractor | None = None
+) -> Services:
+    """Wire the services for ``settings``.
+
+    ``objects`` and ``extractor`` override the object store and the feature model, so that
+    tests and the evaluation can share one model session across many galleries.
+    """
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    extractor = SignatureExtractor(FeatureModel(settings.model_path, threads=settings.model_threads))
+    extractor = extractor or SignatureExtractor(FeatureModel(settings.model_path, threads=settings.model_threads))
     hashes = build_hash_index(settings)
     vectors = build_vector_index(settings, extractor.model.dimension)
     objects = objects or build_object_store(settings)

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,7 +33,11 @@ LOCAL_OWNER = "local"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "delegated", False):
+        args.rest = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
@@ -74,21 +78,26 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="what is indexed, where")
     stats.set_defaults(run=cmd_stats)
 
-    for name, module in (("serve", "devserver"), ("eval", "evaluation"), ("bench", "benchmark")):
-        extra = commands.add_parser(name, help=f"see `lookalike {name} --help`", add_help=False)
-        extra.add_argument("rest", nargs=argparse.REMAINDER)
-        extra.set_defaults(run=_delegate(module))
+    delegated = {
+        "serve": ("devserver", "the local twin of the cloud API and search page"),
+        "eval": ("evaluation", "quality on your images: recall per edit, calibrated thresholds"),
+        "bench": ("benchmark", "speed on this machine: stages, throughput, latency as the gallery grows"),
+    }
+    for name, (module, summary) in delegated.items():
+        command = commands.add_parser(name, help=f"{summary} (see `lookalike {name} --help`)", add_help=False)
+        command.set_defaults(run=_delegate(module), delegated=True)
     return parser
 
 
-def _delegate(module: str):  # type: ignore[no-untyped-def]
+def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
     """Commands with their own parsers live in their own modules, imported only when used."""
 
     def run(args: argparse.Namespace) -> int:
         import importlib
 
         entry = importlib.import_module(f"lookalike.{module}")
-        return int(entry.main(args.rest, settings=_settings(args)) or 0)
+        options = {"owner": args.owner} if module == "devserver" else {}
+        return int(entry.main(args.rest, settings=_settings(args), **options) or 0)
 
     return run
 
