@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  := layers/model/build/vgg16-gmp-fp32.onnx
+MODEL_INT8 := layers/model/build/vgg16-gmp-int8.onnx
+MODELS := $(MODEL) $(MODEL_INT8)
 
 .PHONY: help run test model lint unit venv lock bench eval quality clean
 
@@ -24,39 +26,46 @@ $(STAMP): requirements/dev.lock pyproject.toml
 
 venv: $(STAMP)
 
+# The script leaves an up-to-date model untouched; touch keeps make from asking again.
 $(MODEL): $(STAMP) layers/model/build_model.py layers/model/model.json
 	$(BIN)/python layers/model/build_model.py --out $(MODEL)
+	touch $@
 
-model: $(MODEL)
+$(MODEL_INT8): $(STAMP) layers/model/build_model.py layers/model/model.json layers/model/calibration/vgg16-gmp-int8.json
+	$(BIN)/python layers/model/build_model.py --out $(MODEL_INT8)
+	touch $@
+
+model: $(MODELS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-unit: $(STAMP) $(MODEL)
+unit: $(STAMP) $(MODELS)
 	$(BIN)/pytest tests/unit
 
-test: $(STAMP) $(MODEL) lint
+test: $(STAMP) $(MODELS) lint
 	$(BIN)/pytest
 
-run: $(STAMP) $(MODEL)
+run: $(STAMP) $(MODELS)
 	$(BIN)/lookalike serve --sample-gallery
 
-bench: $(STAMP) $(MODEL)
+bench: $(STAMP) $(MODELS)
 	$(BIN)/lookalike bench
 
-quality: $(STAMP) $(MODEL)
+quality: $(STAMP) $(MODELS)
 	$(BIN)/python benchmarks/quality.py
 
-eval: $(STAMP) $(MODEL)
+eval: $(STAMP) $(MODELS)
 	$(BIN)/lookalike eval ../shared/datasets/imagenet-samples-odd
 
-# Regenerate the locks after changing dependencies in pyproject.toml.
+# Regenerate the locks after changing dependencies in pyproject.toml. runtime.lock is Lambda's
+# (python3.12); tests/functional/test_locks.py checks it pins exactly dev.lock's versions.
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements/dev.lock
-	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.12 \
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements/runtime.lock
 
 clean:
