@@ -6,26 +6,38 @@ Run by ``make package-check`` after ``sam build``; exits 1 when any check fails.
    (262,144,000 bytes). A table shows where the bytes go.
 2. glibc: no shared library in a layer may need a newer glibc or libstdc++ than the Amazon
    Linux that the function's runtime runs on. The build host's glibc proves nothing.
-3. Smoke test, in a fresh interpreter of the runtime's Python version that sees only what
-   Lambda would (``-S``: no site-packages; PYTHONPATH = the function's code, its layers and a
-   stand-in for the boto3 the Lambda runtime ships): every shared object in the layers
-   loads, every lookalike module imports, real signatures (decode, pHash, embedding with the
-   model from the model layer) come out of a JPEG, a PNG and a HEIF image, and each handler
-   imports with the environment the template gives it. This is what proves the layer's
-   pruning safe.
+3. Smoke test, in a fresh interpreter of the runtime's Python version (python3.12 on PATH or
+   from pyenv: see :func:`find_python`) that sees only what Lambda would (``-S``: no
+   site-packages; ``-B``: nothing written, /opt is read-only; PYTHONPATH = the function's
+   code, its layers and a stand-in for the boto3 the Lambda runtime ships): every shared
+   object in the layers loads, every lookalike module imports, real signatures (decode,
+   pHash, embedding with the model from the model layer) come out of a JPEG, a PNG and a
+   HEIF image, each handler imports with the environment the template gives it, and the
+   HTTP API's handler answers the OpenAPI document, a request that pydantic validates, and
+   the page. This is what proves the layer's pruning, and its sourceless bytecode, safe.
+4. Cold start: fresh interpreters import each handler, then what its first request imports;
+   every layer module they load must come from bytecode that Lambda will use as it is (a
+   module compiled at each cold start fails the check), and the times are printed.
+
+``--find-python 3.12`` prints the interpreter it would use (the core layer's build uses it).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib
+import importlib.machinery
 import importlib.util
+import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +87,14 @@ SMOKE_VALUES = {
     "CorsAllowOrigin": "https://app.smoke.invalid",
 }
 
+#: What a function's first request imports after its handler module: the composition root and
+#: the adapters of the cloud stores, which lookalike.bootstrap imports as it builds them.
+FIRST_REQUEST_IMPORTS = (
+    "lookalike.bootstrap", "lookalike.adapters.milvus", "lookalike.adapters.opensearch_hashes",
+    "lookalike.adapters.s3_objects", "aws_lambda_powertools.utilities.parameters",
+)  # fmt: skip
+COLD_START_RUNS = 3
+
 
 @dataclass(frozen=True)
 class BuiltFunction:
@@ -84,6 +104,7 @@ class BuiltFunction:
     code_dir: Path
     layers: dict[str, Path]  # logical id -> built layer directory (its contents land in /opt)
     environment: dict[str, str]
+    serves_http_api: bool
 
     @property
     def python_version(self) -> str:
@@ -127,6 +148,7 @@ def built_functions(template: Mapping[str, Any], build_dir: Path) -> list[BuiltF
                 code_dir=build_dir / props["CodeUri"],
                 layers=layers,
                 environment={key: resolve(value, template) for key, value in variables.items()},
+                serves_http_api=any(e["Type"] == "HttpApi" for e in props.get("Events", {}).values()),
             )
         )
     return functions
@@ -245,18 +267,73 @@ def _versions_text(glibc: tuple[int, int], glibcxx: int) -> str:
     return f"GLIBC_{glibc[0]}.{glibc[1]}" + (f", GLIBCXX_3.4.{glibcxx}" if glibcxx else "")
 
 
+# ---------------------------------------------------------------------------- the runtime's Python
+
+
+def find_python(version: str) -> Path | None:
+    """An interpreter of Python ``version`` ("3.12"): ``python3.12`` from PATH if it runs, else
+    the newest pyenv installation of that version (pyenv's shims run only the versions
+    selected, so its installations are looked up directly), else None.
+
+    >>> find_python("3.12")  # doctest: +SKIP
+    PosixPath('/root/.pyenv/versions/3.12.1/bin/python3.12')
+    """
+    candidates = [Path(found)] if (found := shutil.which(f"python{version}")) else []
+    installed = Path(_pyenv_root(), "versions").glob(f"{version}.*/bin/python{version}")
+    candidates += sorted(installed, key=lambda path: _release(path.parents[1].name), reverse=True)
+    probe = "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])"
+    for candidate in candidates:
+        try:
+            done = subprocess.run(  # each candidate is a python of the wanted name
+                [str(candidate), "-S", "-c", probe], capture_output=True, text=True, timeout=60, check=False
+            )
+        except OSError:
+            continue
+        answer = done.stdout.split()
+        if done.returncode == 0 and len(answer) == 2 and answer[1] == version:
+            return Path(answer[0])
+    return None
+
+
+def _pyenv_root() -> str:
+    if root := os.environ.get("PYENV_ROOT"):
+        return root
+    if pyenv := shutil.which("pyenv"):
+        done = subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    return str(Path.home() / ".pyenv")
+
+
+def _release(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", name))
+
+
+def no_python_message(version: str) -> str:
+    return (
+        f"no Python {version} found (python{version} on PATH, or pyenv's versions/{version}.*): the function's "
+        f"runtime is python{version}, and its layer's bytecode and this check need that very version. "
+        f"Install it, e.g. `pyenv install {version}`."
+    )
+
+
 # ---------------------------------------------------------------------------- smoke test (host side)
 
 
-def runtime_standin(directory: Path) -> Path:
-    """A folder with only what /var/runtime gives a Lambda function: boto3 and friends
-    (linked from this interpreter, which has the locked versions)."""
+def runtime_standin(directory: Path, python: Path) -> Path:
+    """A folder with only what /var/runtime gives a Lambda function: boto3 and friends (linked
+    file by file from this interpreter, which has the locked versions), compiled by ``python``
+    so that the cold-start times measure the layers, not the runtime's own packages."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in RUNTIME_PROVIDED:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             raise RuntimeError(f"{name} is not installed here, so the smoke test cannot stand in for Lambda's")
-        (directory / name).symlink_to(next(iter(spec.submodule_search_locations)))
+        source = next(iter(spec.submodule_search_locations))
+        skip = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(source, directory / name, copy_function=os.symlink, ignore=skip)
+    compile_all = [str(python), "-m", "compileall", "-q", "-j", "0", str(directory)]
+    subprocess.run(compile_all, check=True, stdout=subprocess.DEVNULL)
     return directory
 
 
@@ -277,13 +354,20 @@ def lambda_environment(f: BuiltFunction) -> dict[str, str]:
 def run_smoke(functions: list[BuiltFunction]) -> list[str]:
     errors = []
     layers_checked: set[tuple[str, tuple[Path, ...]]] = set()
+    interpreters = {version: find_python(version) for version in sorted({f.python_version for f in functions})}
+    cold_starts: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="lookalike-smoke-") as scratch:
-        standin = runtime_standin(Path(scratch) / "var-runtime")
+        standins = {
+            version: runtime_standin(Path(scratch) / f"var-runtime-{version}", python)
+            for version, python in interpreters.items()
+            if python is not None
+        }
         for f in functions:
-            python = shutil.which(f"python{f.python_version}")
+            python = interpreters[f.python_version]
             if python is None:
-                errors.append(f"{f.name}: no python{f.python_version} on PATH to smoke-test its layers with")
+                errors.append(f"{f.name}: {no_python_message(f.python_version)}")
                 continue
+            standin = standins[f.python_version]
             try:
                 env = lambda_environment(f)
             except FileNotFoundError as exc:
@@ -291,12 +375,15 @@ def run_smoke(functions: list[BuiltFunction]) -> list[str]:
                 continue
             layer_paths = [path / "python" for path in f.layers.values() if (path / "python").is_dir()]
             module, _, attribute = f.handler.rpartition(".")
+            layer_arguments = [arg for path in layer_paths for arg in ("--layer", str(path))]
+            this_script = [str(python), "-S", "-B", str(Path(__file__).resolve())]
             command = [
-                python, "-S", "-B", str(Path(__file__).resolve()), "--smoke",
+                *this_script, "--smoke",
                 "--python-version", f.python_version, "--handler", module, attribute,
-                "--model", env.get("LOOKALIKE_MODEL_PATH", ""),
-                *(arg for path in layer_paths for arg in ("--layer", str(path))),
+                "--model", env.get("LOOKALIKE_MODEL_PATH", ""), *layer_arguments,
             ]  # fmt: skip
+            if f.serves_http_api:
+                command.append("--http-api")
             # Functions that share a runtime and layers share the layer checks; each handler is its own.
             key = (f.python_version, tuple(layer_paths))
             if key in layers_checked:
@@ -307,13 +394,45 @@ def run_smoke(functions: list[BuiltFunction]) -> list[str]:
                 "PYTHONPATH": os.pathsep.join(map(str, [f.code_dir, *layer_paths, standin])),
                 "AWS_REGION": "eu-west-1",
                 "AWS_DEFAULT_REGION": "eu-west-1",
-                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
             }
-            print(f"\n== smoke test of {f.name}: {python} -S, PYTHONPATH = its code, {', '.join(f.layers)}, boto3")
+            print(f"\n== smoke test of {f.name}: {python} -S -B, PYTHONPATH = its code, {', '.join(f.layers)}, boto3")
             done = subprocess.run(command, env=child_env, cwd=scratch, check=False)  # our own argv
             if done.returncode != 0:
                 errors.append(f"{f.name}: the smoke test failed (exit status {done.returncode}, see above)")
+                continue
+            cold_command = [*this_script, "--cold-start", module, *layer_arguments]
+            timings, problems = measure_cold_start(cold_command, child_env, Path(scratch))
+            errors += [f"{f.name}: {problem}" for problem in problems]
+            if timings:
+                cold_starts[f.name] = timings
+    if cold_starts:
+        print(f"\ncold start, median of {COLD_START_RUNS} fresh interpreters (imports; the model session comes after):")
+        for name, t in cold_starts.items():
+            print(
+                f"  {name:<16} handler module {t['handler']:.2f} s, then its first request's imports "
+                f"{t['first_request']:.2f} s: {t['handler'] + t['first_request']:.2f} s, {t['modules']:.0f} modules"
+            )
     return errors
+
+
+def measure_cold_start(command: list[str], env: Mapping[str, str], cwd: Path) -> tuple[dict[str, float], list[str]]:
+    """Median import times over fresh interpreters, and the layer modules that would be
+    compiled at every cold start (reported by the first run)."""
+    runs: list[dict[str, Any]] = []
+    for _ in range(COLD_START_RUNS):
+        done = subprocess.run(command, env=dict(env), cwd=cwd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {}, [f"the cold-start import failed:\n{done.stdout}{done.stderr}"]
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    problems = []
+    if compiled := runs[0]["compiled_at_cold_start"]:
+        problems.append(
+            f"{len(compiled)} layer modules have no bytecode Lambda would use, so every cold start compiles "
+            f"them: {', '.join(compiled[:8])}{' ...' if len(compiled) > 8 else ''}"
+        )
+    timings = {key: statistics.median(run[key] for run in runs) for key in ("handler", "first_request", "modules")}
+    return timings, problems
 
 
 # ---------------------------------------------------------------------------- smoke test (inside)
@@ -329,7 +448,9 @@ THIRD_PARTY = (
 )  # fmt: skip
 
 
-def smoke(python_version: str, layers: list[Path], handler: list[str], model_path: str, handler_only: bool) -> int:
+def smoke(
+    python_version: str, layers: list[Path], handler: list[str], model_path: str, handler_only: bool, http_api: bool
+) -> int:
     """Runs in the isolated interpreter; returns the exit status."""
     failures: list[str] = []
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -341,6 +462,8 @@ def smoke(python_version: str, layers: list[Path], handler: list[str], model_pat
         failures += _import_lookalike()
         failures += _signatures_of_real_images(model_path)
     failures += _import_handler(*handler)
+    if http_api and not failures:
+        failures += _answer_http_requests(*handler)
     for failure in failures:
         print(f"FAIL {failure}")
     print(f"{'FAILED' if failures else 'passed'}: {len(failures)} failure(s)", flush=True)
@@ -384,6 +507,119 @@ def _import_handler(module_name: str, attribute: str) -> list[str]:
         return [f"{module_name} has no {attribute}, which the template names as the handler"]
     print(f"ok   handler {module_name}.{attribute} imports")
     return []
+
+
+class _SmokeContext:
+    """The attributes of a LambdaContext that Powertools reads."""
+
+    function_name = "smoke"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 3008
+    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:smoke"
+    aws_request_id = "00000000-0000-4000-8000-000000000000"
+
+
+def _http_event(method: str, path: str, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, as the JWT authorizer lets it through."""
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "&".join(f"{key}={value}" for key, value in (query or {}).items()),
+        **({"queryStringParameters": dict(query)} if query else {}),
+        "headers": {"host": "api.smoke.invalid", "accept": "*/*"},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "smoke",
+            "authorizer": {"jwt": {"claims": {"sub": "smoke"}, "scopes": None}},
+            "domainName": "api.smoke.invalid",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.1"},
+            "requestId": "smoke",
+            "routeKey": "$default",
+            "stage": "$default",
+            "timeEpoch": 1795000000000,
+        },
+        "isBase64Encoded": False,
+    }
+
+
+def _answer_http_requests(module_name: str, attribute: str) -> list[str]:
+    """Requests the handler answers without reaching a store: the OpenAPI document (generated
+    by Powertools through pydantic), a query parameter pydantic rejects, and the page with
+    one of its files. With the dependencies shipped as bytecode only, this is what shows
+    that nothing needs their source."""
+    handler = getattr(importlib.import_module(module_name), attribute)
+
+    def call(method: str, path: str, query: Mapping[str, str] | None = None) -> tuple[int, str, bytes]:
+        response = handler(_http_event(method, path, query), _SmokeContext())
+        body = response.get("body") or ""
+        data = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
+        headers = {key.lower(): value for key, value in response.get("headers", {}).items()}
+        return response["statusCode"], headers.get("content-type", ""), data
+
+    failures = []
+    try:
+        status, _, body = call("GET", "/openapi.json")
+        paths = json.loads(body).get("paths", {}) if status == 200 else {}
+        if not paths:
+            failures.append(f"GET /openapi.json answered {status} without paths: {body[:300]!r}")
+        status, _, body = call("GET", "/images", {"page_size": "many"})
+        parameter = json.loads(body).get("error", {}).get("parameter") if status == 400 else None
+        if parameter != "page_size":
+            failures.append(f"GET /images?page_size=many answered {status}, not 400 naming page_size: {body[:300]!r}")
+        for path, wanted in (("/", "text/html"), ("/static/app.js", "javascript")):
+            status, content_type, body = call("GET", path)
+            if status != 200 or wanted not in content_type or not body:
+                failures.append(f"GET {path} answered {status} {content_type!r} with {len(body)} bytes")
+    except Exception as exc:
+        failures.append(f"the HTTP API handler failed: {type(exc).__name__}: {exc}")
+    if not failures:
+        print(f"ok   GET /openapi.json ({len(paths)} paths), GET /images?page_size=many 400, GET / and a page file")
+    return failures
+
+
+def cold_start(handler_module: str, layers: list[Path]) -> int:
+    """Runs in a fresh isolated interpreter: import the handler, then what its first request
+    imports; print the times and the layer modules without usable bytecode as JSON."""
+    started = time.perf_counter()
+    importlib.import_module(handler_module)
+    handler_done = time.perf_counter()
+    for name in FIRST_REQUEST_IMPORTS:
+        importlib.import_module(name)
+    done = time.perf_counter()
+    roots = [layer.resolve() for layer in layers]
+    compiled = sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if (spec := getattr(module, "__spec__", None)) is not None
+        and spec.origin
+        and any(Path(spec.origin).is_relative_to(root) for root in roots)
+        and not _bytecode_used_as_is(spec)
+    )
+    result = {
+        "handler": handler_done - started,
+        "first_request": done - handler_done,
+        "modules": len(sys.modules),
+        "compiled_at_cold_start": compiled,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def _bytecode_used_as_is(spec: importlib.machinery.ModuleSpec) -> bool:
+    """True for a module loaded from a .pyc alone, from a shared object, or from source with an
+    unchecked-hash .pyc beside it: none of them is compiled, or rechecked, when it is imported.
+    A timestamp .pyc does not count: it is compared with its source's mtime, which does not
+    survive zipping (2 s resolution), and Python cannot write a fresh one in read-only /opt."""
+    origin = str(spec.origin)
+    if not origin.endswith(".py"):
+        return True  # sourceless .pyc, extension module, namespace package
+    if not spec.cached or not Path(spec.cached).is_file():
+        return False
+    with open(spec.cached, "rb") as cached:
+        header = cached.read(16)
+    flags = int.from_bytes(header[4:8], "little")
+    return header[:4] == importlib.util.MAGIC_NUMBER and flags == 0b01  # hash-based, not checked
 
 
 def _import_lookalike() -> list[str]:
@@ -474,9 +710,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--handler-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--http-api", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cold-start", metavar="MODULE", help=argparse.SUPPRESS)
+    parser.add_argument("--find-python", metavar="X.Y", help="print the Python X.Y the checks would use, and exit")
     args = parser.parse_args(argv)
+    if args.find_python:
+        python = find_python(args.find_python)
+        print(python or no_python_message(args.find_python), file=sys.stdout if python else sys.stderr)
+        return 0 if python else 1
     if args.smoke:
-        return smoke(args.python_version, args.layer, args.handler, args.model, args.handler_only)
+        return smoke(args.python_version, args.layer, args.handler, args.model, args.handler_only, args.http_api)
+    if args.cold_start:
+        return cold_start(args.cold_start, args.layer)
 
     template_path = args.build_dir / "template.yaml"
     if not template_path.is_file():

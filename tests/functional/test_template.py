@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,13 +21,28 @@ import pytest
 from cfnlint.decode import cfn_yaml
 
 import lookalike.settings
-from tests.conftest import MODEL_PATH, REPO_ROOT
+from lookalike.edges import http_api
+from lookalike.embedding import FeatureModel
+from tests.conftest import REPO_ROOT
 
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
 NO_VALUE = {"Ref": "AWS::NoValue"}
 #: Actions that have no resource-level permissions: the only ones allowed on Resource "*".
 RESOURCELESS_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
-ROUTES = {"POST /search", "GET /images/{key+}", "POST /uploads", "GET /health"}
+ROUTES = {
+    "POST /search",
+    "GET /images",
+    "GET /images/{key+}",
+    "DELETE /images/{key+}",
+    "GET /thumbnails/{key+}",
+    "POST /uploads",
+    "GET /health",
+    "GET /openapi.json",
+    "GET /",
+    "GET /static/{path+}",
+}
+#: The only routes without the JWT authorizer: the page must load before anyone signs in.
+PUBLIC_ROUTES = {"GET /health", "GET /openapi.json", "GET /", "GET /static/{path+}"}
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +177,17 @@ def test_the_indexer_cannot_write_to_the_bucket_that_triggers_it(resources: dict
 
 def test_the_search_function_reaches_only_owner_prefixed_objects_and_no_table(resources: dict[str, Any]) -> None:
     role = function_role(resources, "SearchFunction")
-    assert granted(resources, role, "s3") == {"s3:GetObject", "s3:PutObject"}
+    assert granted(resources, role, "s3") == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"}
     assert not granted(resources, role, "dynamodb")
     assert not granted(resources, role, "sqs")
     for statement in role_statements(resources, role):
-        if any(a.startswith("s3:") for a in as_list(statement["Action"])):
+        actions = as_list(statement["Action"])
+        if actions == ["s3:ListBucket"]:
+            # Listing is a bucket action: only the owners' prefix may be listed.
+            assert statement["Resource"] == {"Fn::GetAtt": ["UploadBucket", "Arn"]}
+            assert statement.get("Condition") == {"StringLike": {"s3:prefix": {"Fn::Sub": "${OwnerKeyPrefix}*"}}}
+        elif any(a.startswith("s3:") for a in actions):
+            assert "s3:ListBucket" not in actions
             assert statement["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/${OwnerKeyPrefix}*"}
 
 
@@ -299,23 +321,68 @@ def test_the_indexer_reports_partial_failures_at_bounded_concurrency(
 # ---------------------------------------------------------------------------- the API
 
 
-def test_every_route_is_behind_the_jwt_authorizer(resources: dict[str, Any]) -> None:
+def http_routes(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each route ("METHOD /path") to its HttpApi event's properties, over every function."""
+    routes = {}
+    for name, function in functions(resources).items():
+        for event in function["Properties"].get("Events", {}).values():
+            if event["Type"] == "HttpApi":
+                assert event["Properties"]["ApiId"] == {"Ref": "SearchApi"}, name
+                routes[f"{event['Properties']['Method']} {event['Properties']['Path']}"] = event["Properties"]
+    return routes
+
+
+def test_only_the_public_allow_list_skips_the_jwt_authorizer(resources: dict[str, Any]) -> None:
     auth = resources["SearchApi"]["Properties"]["Auth"]
     default = auth["DefaultAuthorizer"]
     assert auth["Authorizers"][default]["JwtConfiguration"] == {
         "issuer": {"Ref": "JwtIssuerUrl"},
         "audience": {"Ref": "JwtAudience"},
     }
-    routes = set()
-    for name, function in functions(resources).items():
-        for event in function["Properties"].get("Events", {}).values():
-            if event["Type"] != "HttpApi":
-                continue
-            assert event["Properties"]["ApiId"] == {"Ref": "SearchApi"}, name
-            # Any Auth here could only weaken the default (Authorizer: NONE): there is none.
-            assert "Auth" not in event["Properties"], name
-            routes.add(f"{event['Properties']['Method']} {event['Properties']['Path']}")
-    assert routes == ROUTES
+    routes = http_routes(resources)
+    assert set(routes) == ROUTES
+    for route, properties in routes.items():
+        if route in PUBLIC_ROUTES:
+            assert properties.get("Auth") == {"Authorizer": "NONE"}, route
+        else:
+            # No Auth keeps the default JWT authorizer; naming it again is the only other choice.
+            assert properties.get("Auth", {"Authorizer": default}) == {"Authorizer": default}, route
+
+
+def test_the_template_routes_are_the_routes_the_api_serves(resources: dict[str, Any]) -> None:
+    # The API's own OpenAPI document lists its data routes and the public operations; API
+    # Gateway's greedy {name+} is Powertools' <name>, which this API makes match slashes too.
+    document = json.loads(http_api.app.get_openapi_json_schema())
+    documented = {
+        method.upper() + " " + re.sub(r"\{(\w+)\}", r"{\1+}", path): operation
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+    public_in_api = {route for route, operation in documented.items() if not operation.get("security")}
+    routes = http_routes(resources)
+    public = {route for route, properties in routes.items() if properties.get("Auth") == {"Authorizer": "NONE"}}
+    assert set(documented) <= set(routes)
+    assert public_in_api <= public
+    assert set(documented) - public_in_api == set(routes) - public
+
+    # The page and its files are left out of the document: ask the API for them, with a backend
+    # that must not be needed.
+    def no_backend() -> http_api.ApiBackend:
+        raise AssertionError("the page needs no backend")
+
+    for route in sorted(set(routes) - set(documented)):
+        method, path = route.split(" ")
+        concrete = path.replace("{path+}", "app.js")
+        event = {
+            "version": "2.0",
+            "routeKey": route,
+            "rawPath": concrete,
+            "rawQueryString": "",
+            "headers": {"host": "api.example.com"},
+            "requestContext": {"http": {"method": method, "path": concrete}, "stage": "$default"},
+            "isBase64Encoded": False,
+        }
+        assert http_api.handle(event, None, no_backend)["statusCode"] == 200, route
 
 
 def test_the_api_is_throttled_and_cors_names_one_origin(resources: dict[str, Any]) -> None:
@@ -325,6 +392,8 @@ def test_the_api_is_throttled_and_cors_names_one_origin(resources: dict[str, Any
         "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurst"},
     }
     assert api["CorsConfiguration"]["AllowOrigins"] == [{"Ref": "CorsAllowOrigin"}]
+    # A page on that origin may call every method a route answers, and nothing else.
+    assert set(api["CorsConfiguration"]["AllowMethods"]) == {route.split(" ")[0] for route in ROUTES}
 
 
 # ---------------------------------------------------------------------------- functions and layers
@@ -337,9 +406,10 @@ def lock_python_version() -> str:
     return match.group(1)
 
 
-def test_both_functions_run_the_locked_python_with_both_layers(template: dict[str, Any]) -> None:
+def test_every_function_runs_the_locked_python_with_both_layers(template: dict[str, Any]) -> None:
     defaults = template["Globals"]["Function"]
-    assert defaults["Runtime"] == f"python{lock_python_version()}"
+    # Lambda's python3.12 runs on Amazon Linux 2023 (glibc 2.34); the locked wheels need 2.28.
+    assert defaults["Runtime"] == f"python{lock_python_version()}" == "python3.12"
     assert defaults["Architectures"] == ["x86_64"]
     assert defaults["Tracing"] == "Active"
     assert defaults["Layers"] == [{"Ref": "CoreLayer"}, {"Ref": "ModelLayer"}]
@@ -347,17 +417,49 @@ def test_both_functions_run_the_locked_python_with_both_layers(template: dict[st
         overridden = {"Runtime", "Layers", "Architectures"} & set(function["Properties"])
         assert not overridden, f"{name} overrides {overridden}"
     for layer in ("CoreLayer", "ModelLayer"):
-        resource = template["Resources"][layer]
-        assert resource["Properties"]["CompatibleRuntimes"] == [defaults["Runtime"]]
-        assert resource["Metadata"]["BuildMethod"] == "makefile"
-        assert (REPO_ROOT / resource["Properties"]["ContentUri"] / "Makefile").is_file()
+        assert template["Resources"][layer]["Properties"]["CompatibleRuntimes"] == [defaults["Runtime"]]
 
 
-def test_the_model_path_is_where_the_model_layer_puts_the_model(template: dict[str, Any]) -> None:
-    env = template["Globals"]["Function"]["Environment"]["Variables"]
-    assert env["LOOKALIKE_MODEL_PATH"] == f"/opt/model/{MODEL_PATH.name}"
-    makefile = (REPO_ROOT / "layers" / "model" / "Makefile").read_text()
-    assert f"MODEL  ?= {MODEL_PATH.stem}" in makefile
+def test_everything_is_built_by_its_own_makefile(resources: dict[str, Any]) -> None:
+    # Makefile builders need no Docker, and no python3.12 on PATH for SAM itself.
+    built = {name: r for name, r in resources.items() if r["Type"].startswith("AWS::Serverless::")}
+    for name, resource in built.items():
+        if resource["Type"] not in {"AWS::Serverless::Function", "AWS::Serverless::LayerVersion"}:
+            continue
+        properties = resource["Properties"]
+        folder = REPO_ROOT / properties.get("CodeUri", properties.get("ContentUri"))
+        assert resource["Metadata"]["BuildMethod"] == "makefile", name
+        makefile = (folder / "Makefile").read_text()
+        assert re.search(rf"^build-{name}:", makefile, flags=re.MULTILINE), f"{folder}/Makefile has no build-{name}"
+
+
+@pytest.mark.parametrize("model", ["vgg16-gmp-int8", "vgg16-gmp-fp32"])
+def test_the_model_layer_ships_the_chosen_model_where_the_functions_look(
+    template: dict[str, Any], model: str, tmp_path: Path
+) -> None:
+    # Given the model layer built for one model (as `sam build` runs its Makefile)
+    makefile = REPO_ROOT / "layers" / "model" / "Makefile"
+    environment = os.environ | {"ARTIFACTS_DIR": str(tmp_path), "LAMBDA_MODEL": model}
+    subprocess.run(["make", "-s", "-f", str(makefile), "build-ModelLayer"], env=environment, check=True)
+
+    # When a function opens the model its environment names, as /opt (the layer) holds it
+    model_path = template["Globals"]["Function"]["Environment"]["Variables"]["LOOKALIKE_MODEL_PATH"]
+    assert model_path == str(lookalike.settings.LAMBDA_MODEL_PATH)
+    shipped = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    opened = FeatureModel(tmp_path / Path(model_path).relative_to("/opt"), threads=1)
+
+    # Then it is that one model, named by the facts beside it
+    assert shipped == ["model/feature-model.json", "model/feature-model.onnx"]
+    assert opened.name == model
+    assert opened.dimension == 512
+
+
+def test_the_default_lambda_model_is_the_same_everywhere() -> None:
+    defaults = {
+        path: re.findall(r"^LAMBDA_MODEL\s*\?=\s*(\S+)", (REPO_ROOT / path).read_text(), flags=re.MULTILINE)
+        for path in ("Makefile", "layers/model/Makefile")
+    }
+    assert defaults == {"Makefile": ["vgg16-gmp-int8"], "layers/model/Makefile": ["vgg16-gmp-int8"]}
 
 
 def test_every_lookalike_variable_is_one_the_settings_read(template: dict[str, Any]) -> None:
