@@ -1,0 +1,1 @@
+"""Browser tests: the search page in headless Chromium against the local twin."""
