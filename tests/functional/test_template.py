@@ -133,7 +133,7 @@ def environment(template: dict[str, Any], function: str) -> dict[str, Any]:
 def test_every_function_has_its_own_role_so_sam_attaches_no_managed_policy(resources: dict[str, Any]) -> None:
     # An SQS event would make SAM attach AWSLambdaSQSQueueExecutionRole (sqs:ReceiveMessage on "*")
     # to a role it generates; a role of our own gets nothing it does not list.
-    assert set(functions(resources)) == {"IndexerFunction", "SearchFunction"}
+    assert set(functions(resources)) == {"IndexerFunction", "SearchFunction", "ReconcilerFunction"}
     for name, function in functions(resources).items():
         assert "Policies" not in function["Properties"], name
         role = function_role(resources, name)
@@ -191,6 +191,30 @@ def test_the_search_function_reaches_only_owner_prefixed_objects_and_no_table(re
             assert statement["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/${OwnerKeyPrefix}*"}
 
 
+def test_the_reconciler_reads_owners_uploads_and_writes_only_its_checkpoint(resources: dict[str, Any]) -> None:
+    role = function_role(resources, "ReconcilerFunction")
+    assert granted(resources, role, "s3") == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
+    assert not granted(resources, role, "sqs")
+    assert not granted(resources, role, "dynamodb")
+    for statement in role_statements(resources, role):
+        actions = as_list(statement["Action"])
+        if "s3:PutObject" in actions:
+            assert statement["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/_lookalike/reconcile/state.json"}
+        elif actions == ["s3:GetObject"]:
+            assert statement["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/${OwnerKeyPrefix}*"}
+
+
+def test_the_reconciler_runs_one_at_a_time_on_a_schedule_and_alarms_on_failure(resources: dict[str, Any]) -> None:
+    reconciler = resources["ReconcilerFunction"]["Properties"]
+    assert reconciler["ReservedConcurrentExecutions"] == 1
+    (event,) = reconciler["Events"].values()
+    assert event["Type"] == "ScheduleV2"
+    assert event["Properties"]["ScheduleExpression"] == {"Ref": "ReconcileSchedule"}
+    alarm = resources["ReconcilerErrorsAlarm"]["Properties"]
+    assert alarm["MetricName"] == "Errors"
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "ReconcilerFunction"}}]
+
+
 def test_the_milvus_token_is_read_from_its_secret_by_arn_only(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
@@ -211,6 +235,7 @@ def test_opensearch_access_follows_the_auth_mode(resources: dict[str, Any]) -> N
     expected = {
         "IndexerFunction": {"es:ESHttpGet", "es:ESHttpHead", "es:ESHttpPost", "es:ESHttpPut", "es:ESHttpDelete"},
         "SearchFunction": {"es:ESHttpGet", "es:ESHttpHead", "es:ESHttpPost"},
+        "ReconcilerFunction": {"es:ESHttpGet", "es:ESHttpHead", "es:ESHttpPost", "es:ESHttpPut", "es:ESHttpDelete"},
     }
     for name, es_actions in expected.items():
         role = function_role(resources, name)
@@ -232,13 +257,15 @@ def test_serverless_data_access_lets_the_search_role_only_read(resources: dict[s
     assert policy["Condition"] == "IsOpenSearchServerless"
     text, names = policy["Properties"]["Policy"]["Fn::Sub"]
     rules = json.loads(re.sub(r"\$\{(\w+)\}", lambda m: m.group(1), text))
-    by_principal = {rule["Principal"][0]: rule["Rules"][0] for rule in rules}
+    by_principal = {principal: rule["Rules"][0] for rule in rules for principal in rule["Principal"]}
     assert names == {
         "IndexerRoleArn": {"Fn::GetAtt": ["IndexerRole", "Arn"]},
         "SearchRoleArn": {"Fn::GetAtt": ["SearchRole", "Arn"]},
+        "ReconcilerRoleArn": {"Fn::GetAtt": ["ReconcilerRole", "Arn"]},
     }
     assert set(by_principal["SearchRoleArn"]["Permission"]) == {"aoss:DescribeIndex", "aoss:ReadDocument"}
     assert "aoss:WriteDocument" in by_principal["IndexerRoleArn"]["Permission"]
+    assert "aoss:WriteDocument" in by_principal["ReconcilerRoleArn"]["Permission"]
     for rule in by_principal.values():
         assert rule["Resource"] == ["index/OpenSearchCollectionName/OpenSearchIndex*"]
 
@@ -265,6 +292,9 @@ def test_every_upload_change_notifies_the_index_queue(resources: dict[str, Any])
         "s3:LifecycleExpiration:*",
     }
     assert all(n["Queue"] == {"Fn::GetAtt": ["IndexQueue", "Arn"]} for n in notifications)
+    # Nothing outside the owners' prefix is an upload (the reconciler's checkpoint lives there).
+    owners_prefix = {"S3Key": {"Rules": [{"Name": "prefix", "Value": {"Ref": "OwnerKeyPrefix"}}]}}
+    assert all(n["Filter"] == owners_prefix for n in notifications)
 
 
 def test_the_queue_policy_names_the_bucket_without_a_reference_cycle(resources: dict[str, Any]) -> None:
@@ -506,3 +536,11 @@ def test_cfn_lint_finds_nothing() -> None:
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
     done = subprocess.run([str(cfn_lint), str(TEMPLATE_PATH)], capture_output=True, text=True, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_every_skipped_security_check_says_why_beside_its_resource() -> None:
+    # `make template-scan` (checkov) honours these; a bare skip would hide a finding unexplained.
+    skips = re.findall(r"#\s*checkov:skip=(CKV_\w+)(.*)$", TEMPLATE_PATH.read_text(), flags=re.MULTILINE)
+    assert len(skips) >= 10
+    for check, reason in skips:
+        assert reason.startswith(": ") and len(reason) > 40, f"{check} is skipped without a reason"

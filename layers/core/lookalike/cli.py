@@ -79,9 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     stats.set_defaults(run=cmd_stats)
 
     delegated = {
-        "serve": ("devserver", "the local twin of the cloud API and search page"),
-        "eval": ("evaluation", "quality on your images: recall per edit, calibrated thresholds"),
-        "bench": ("benchmark", "speed on this machine: stages, throughput, latency as the gallery grows"),
+        "serve": ("devserver:main", "the local twin of the cloud API and search page"),
+        "eval": ("evaluation:main", "quality on your images: recall per edit, calibrated thresholds"),
+        "bench": ("benchmark:main", "speed on this machine: stages, throughput, latency as the gallery grows"),
+        "backfill": ("lifecycle.cli:backfill_main", "index what a bucket already holds, resumably"),
+        "reconcile": ("lifecycle.cli:reconcile_main", "find and repair drift between the bucket and both indexes"),
     }
     for name, (module, summary) in delegated.items():
         command = commands.add_parser(name, help=f"{summary} (see `lookalike {name} --help`)", add_help=False)
@@ -89,15 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
+def _delegate(target: str) -> Callable[[argparse.Namespace], int]:
     """Commands with their own parsers live in their own modules, imported only when used."""
+    module, function = target.split(":")
 
     def run(args: argparse.Namespace) -> int:
         import importlib
 
-        entry = importlib.import_module(f"lookalike.{module}")
+        entry = getattr(importlib.import_module(f"lookalike.{module}"), function)
         options = {"owner": args.owner} if module == "devserver" else {}
-        return int(entry.main(args.rest, settings=_settings(args), **options) or 0)
+        return int(entry(args.rest, settings=_settings(args), **options) or 0)
 
     return run
 
@@ -181,10 +184,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     options = {"page": args.page, "page_size": args.page_size, "thresholds": thresholds}
     if args.key:
-        result = services.searcher.search_key(args.image, args.owner, **options)  # type: ignore[arg-type]
+        result = services.searcher.search_key(args.image, args.owner, **options)
     else:
         data = Path(args.image).read_bytes()
-        result = services.searcher.search_image(data, args.owner, **options)  # type: ignore[arg-type]
+        result = services.searcher.search_image(data, args.owner, **options)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -244,13 +247,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     services = _services(args)
     s = services.settings
+    model = services.indexer.extractor.model
     rows = {
         "data dir": str(s.data_dir) if s.embedded else "-",
         "hash index": f"OpenSearch {s.opensearch_url} / {s.opensearch_index}"
         if s.opensearch_url
         else str(s.sqlite_path),
-        "vector index": f"Milvus {s.milvus_uri} / {s.milvus_collection}" if s.milvus_uri else str(s.milvus_lite_path),
-        "model": f"{services.indexer.extractor.model.name} ({s.model_path})",
+        "vector index": f"Milvus {s.milvus_uri} / {s.milvus_collection_for(model.name)}"
+        if s.milvus_uri
+        else str(s.milvus_lite_path),
+        "model": f"{model.name} ({s.model_path})",
         "images (hash index)": str(services.hashes.count()),
         f"images of {args.owner}": str(services.hashes.count(args.owner)),
         "vectors (vector index)": str(services.vectors.count()),

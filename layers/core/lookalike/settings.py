@@ -9,12 +9,13 @@ variables at all, everything runs on the embedded stores in a local data directo
 | LOOKALIKE_DATA_DIR | embedded stores and the local object store | ~/.local/share/lookalike |
 | LOOKALIKE_BUCKET | the upload bucket on S3; "local" is the folder in the data dir | local |
 | LOOKALIKE_OWNER_PREFIX | keys are <prefix><owner>/...; the owner is read from the key | users/ |
-| LOOKALIKE_MODEL_PATH | the feature model (.onnx) | /opt/model/... in Lambda, else the repo build |
+| LOOKALIKE_MODEL_PATH | the live feature model (.onnx) | /opt/model/... in Lambda, else the repo build |
+| LOOKALIKE_NEXT_MODEL_PATH | a second model the indexer also writes vectors of, into its own collection | none |
 | LOOKALIKE_MODEL_THREADS | ONNX Runtime intra-op threads | all cores |
 | MILVUS_URI | Milvus server / Zilliz Cloud endpoint | Milvus Lite file in the data dir |
 | MILVUS_TOKEN | token for MILVUS_URI (local use only) | none |
 | MILVUS_TOKEN_SECRET_ARN | Secrets Manager secret holding the token (Lambda) | none |
-| LOOKALIKE_MILVUS_COLLECTION | collection name | lookalike_vgg16_gmp_fp32 |
+| LOOKALIKE_MILVUS_COLLECTION | the live model's collection | lookalike_<model name>, e.g. lookalike_vgg16_gmp_fp32 |
 | OPENSEARCH_URL | OpenSearch endpoint | SQLite file in the data dir |
 | OPENSEARCH_AUTH | none, es (managed domain, SigV4) or aoss (Serverless, SigV4) | none |
 | LOOKALIKE_OPENSEARCH_INDEX | index name | lookalike-images |
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,7 +45,7 @@ T = TypeVar("T")
 
 LOCAL_BUCKET = "local"
 THRESHOLDS_FILE = "thresholds.json"
-LAMBDA_MODEL_PATH = Path("/opt/model/vgg16-gmp-fp32.onnx")
+LAMBDA_MODEL_PATH = Path("/opt/model/feature-model.onnx")
 REPO_MODEL_PATH = Path(__file__).resolve().parents[2] / "model" / "build" / "vgg16-gmp-fp32.onnx"
 
 
@@ -63,10 +65,13 @@ class Settings:
     owner_prefix: str = "users/"
     model_path: Path = field(default_factory=_default_model_path)
     model_threads: int | None = None
+    # A model change in progress (docs/operations.md): the indexer writes this model's vectors
+    # too, into the collection named after it, while searches keep using model_path's.
+    next_model_path: Path | None = None
     milvus_uri: str | None = None
     milvus_token: str | None = field(default=None, repr=False)
     milvus_token_secret_arn: str | None = None
-    milvus_collection: str = "lookalike_vgg16_gmp_fp32"
+    milvus_collection: str | None = None  # None: named after the live model (milvus_collection_for)
     opensearch_url: str | None = None
     opensearch_auth: OpenSearchAuth = "none"
     opensearch_index: str = "lookalike-images"
@@ -125,10 +130,11 @@ class Settings:
             owner_prefix=get("LOOKALIKE_OWNER_PREFIX", _parse_prefix, defaults.owner_prefix),
             model_path=get("LOOKALIKE_MODEL_PATH", lambda v: Path(v).expanduser(), defaults.model_path),
             model_threads=get("LOOKALIKE_MODEL_THREADS", _positive_int, None),
+            next_model_path=get("LOOKALIKE_NEXT_MODEL_PATH", lambda v: Path(v).expanduser(), None),
             milvus_uri=get("MILVUS_URI", str, None),
             milvus_token=get("MILVUS_TOKEN", str, None),
             milvus_token_secret_arn=get("MILVUS_TOKEN_SECRET_ARN", str, None),
-            milvus_collection=get("LOOKALIKE_MILVUS_COLLECTION", str, defaults.milvus_collection),
+            milvus_collection=get("LOOKALIKE_MILVUS_COLLECTION", _parse_collection, None),
             opensearch_url=get("OPENSEARCH_URL", str, None),
             opensearch_auth=auth,
             opensearch_index=get("LOOKALIKE_OPENSEARCH_INDEX", str, defaults.opensearch_index),
@@ -157,6 +163,22 @@ class Settings:
             raise ConfigurationError(f"OPENSEARCH_URL must start with http:// or https://: {self.opensearch_url}")
         if self.milvus_token and self.milvus_token_secret_arn:
             raise ConfigurationError("set MILVUS_TOKEN or MILVUS_TOKEN_SECRET_ARN, not both")
+        if self.next_model_path is not None and self.next_model_path == self.model_path:
+            raise ConfigurationError("LOOKALIKE_NEXT_MODEL_PATH is the live model (LOOKALIKE_MODEL_PATH): unset it")
+
+    def milvus_collection_for(self, model_name: str) -> str:
+        """The live model's collection: LOOKALIKE_MILVUS_COLLECTION, else named after the model."""
+        return self.milvus_collection or collection_for_model(model_name)
+
+
+def collection_for_model(model_name: str) -> str:
+    """The Milvus collection of a model's vectors: one per model, so that a model change never
+    mixes vectors of two models in one collection.
+
+    >>> collection_for_model("vgg16-gmp-fp32")
+    'lookalike_vgg16_gmp_fp32'
+    """
+    return "lookalike_" + re.sub(r"[^0-9A-Za-z_]", "_", model_name)
 
 
 def load_thresholds(path: Path) -> Thresholds | None:
@@ -190,6 +212,12 @@ def _parse_auth(value: str) -> OpenSearchAuth:
 def _parse_prefix(value: str) -> str:
     if not value.endswith("/"):
         raise ValueError("the owner prefix must end with '/'")
+    return value
+
+
+def _parse_collection(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", value):
+        raise ValueError("a Milvus collection name is letters, digits and underscores, not starting with a digit")
     return value
 
 
