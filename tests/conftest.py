@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from lookalike.embedding import FeatureModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_DIR = REPO_ROOT.parent / "shared" / "datasets" / "imagenet-samples-odd"
@@ -26,8 +27,6 @@ def photos() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def feature_model() -> Iterator[object]:
+def feature_model() -> FeatureModel:
     """The FP32 VGG16 feature model built by `make model`, one session for the whole run."""
-    from lookalike.embedding import FeatureModel
-
-    yield FeatureModel(MODEL_PATH, threads=2)
+    return FeatureModel(MODEL_PATH, threads=2)

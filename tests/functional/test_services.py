@@ -300,7 +300,7 @@ def test_a_store_failing_halfway_fails_the_call_and_a_retry_converges(
     tmp_path: Path, extractor: SignatureExtractor, photos: list[Path]
 ) -> None:
     flaky = FailingOnce(SqliteHashIndex(tmp_path / "hashes.sqlite"))
-    g = make_services(tmp_path, extractor, hashes=flaky)  # type: ignore[arg-type]
+    g = make_services(tmp_path, extractor, hashes=flaky)
     key, data = "users/ann/a.jpg", photos[0].read_bytes()
 
     with pytest.raises(StoreUnavailable):
