@@ -39,6 +39,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image
 
+from lookalike.benchmark import SGEMM_SIZE, has_avx512, sgemm_gflops
 from lookalike.embedding import FeatureModel, to_model_input
 
 log = logging.getLogger("models")
@@ -53,7 +54,6 @@ BATCHES = (1, 8, 32)
 THREADS = (1, 2)
 MULTIPLY_ADDS_PER_IMAGE = 15.35e9  # VGG16 convolutional base at 224x224
 DOCUMENTED_GFLOPS_PER_CORE = 100.0  # MEASUREMENTS.md, for comparison with the figure measured here
-SGEMM_SIZE = 4096
 COLD_STARTS = 3
 NEIGHBOURS = 10
 
@@ -103,44 +103,6 @@ def open_photo(path: Path) -> Image.Image:
 
 
 # --- 1. Throughput and the FP32 limit --------------------------------------------------------
-
-_SGEMM = """
-import sys, time
-import numpy as np
-n = int(sys.argv[1])
-rng = np.random.default_rng(0)
-a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-a @ b
-seconds = []
-for _ in range(3):
-    started = time.perf_counter()
-    a @ b
-    seconds.append(time.perf_counter() - started)
-print(2 * n**3 / min(seconds) / 1e9)
-"""
-
-
-def has_avx512() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.is_file() and " avx512f " in cpuinfo.read_text()
-
-
-def sgemm_gflops(threads: int, openblas_core: str | None = None) -> float:
-    """Float32 matmul GFLOP/s on ``threads`` threads (a fresh process: BLAS reads its settings at import).
-
-    ``openblas_core`` forces an OpenBLAS kernel family ("SkylakeX" is its AVX-512 one): it
-    picks kernels by CPU model and falls back to AVX2 on models it does not know.
-    """
-    environment = {
-        **os.environ,
-        **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), str(threads)),
-    }
-    if openblas_core:
-        environment["OPENBLAS_CORETYPE"] = openblas_core
-    result = subprocess.run(
-        [sys.executable, "-c", _SGEMM, str(SGEMM_SIZE)], capture_output=True, text=True, check=True, env=environment
-    )
-    return float(result.stdout)
 
 
 def open_session(path: Path, threads: int) -> ort.InferenceSession:

@@ -216,3 +216,14 @@ def test_milvus_lite_keeps_entries_across_a_restart(tmp_path: Path) -> None:
     finally:
         second.close()
         server_manager_instance.release_server(path)
+
+
+def test_a_cosine_never_exceeds_one_whatever_the_float_rounding(vector_index: VectorIndex) -> None:
+    # given unit vectors a few float32 ulps too long, as normalising in float32 can leave them
+    vectors = unit_vectors(200, seed=11) * np.float32(1 + 4e-6)
+    vector_index.upsert([make_entry("ann", f"{n:03d}.jpg", v) for n, v in enumerate(vectors)])
+    # when each is searched for itself
+    best = [vector_index.search("ann", v, 1)[0].similarity for v in vectors[:40]]
+    # then it is found as exactly as alike as can be, and no more
+    assert max(best) == 1.0
+    assert min(best) > 0.9999

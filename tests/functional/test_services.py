@@ -128,6 +128,31 @@ def test_an_edited_copy_finds_its_original_first_among_duplicates(gallery: Galle
     assert found_first == 8
 
 
+def test_a_copy_that_both_signals_only_half_recognise_is_still_a_duplicate(empty: Gallery, photos: list[Path]) -> None:
+    # The armadillo under lookalike.edits' large text watermark: its pHash lands 12 bits away
+    # and its cosine at 0.745, each short of its own threshold (8 bits, 0.77).
+    from lookalike.edits import edited_upload
+    from lookalike.evaluation import load_photo
+
+    armadillo = next(p for p in photos if p.name == "n02454379_armadillo.JPEG")
+    others = [p for p in photos[::25] if p != armadillo][:12]
+    empty.indexer.index_many([IndexRequest(empty.key(p), p.read_bytes(), OWNER) for p in [armadillo, *others]])
+    query = edited_upload(
+        load_photo(armadillo), "text_watermark", seed=0, photo_name="imagenet-samples-odd/" + armadillo.name
+    )
+
+    result = empty.searcher.search_image(query, OWNER)
+
+    (hit,) = result.duplicates
+    assert hit.key == empty.key(armadillo)
+    assert hit.distance is not None and 8 < hit.distance <= 12
+    assert hit.similarity is not None and 0.67 <= hit.similarity < 0.77
+    assert hit.signals == ("phash", "vector")
+    # and with the joint rule's reach taken away (distance 4: 8 bits of slack short), it is not
+    strict = empty.searcher.search_image(query, OWNER, thresholds=Thresholds(duplicate_distance=4))
+    assert empty.key(armadillo) not in {h.key for h in strict.duplicates}
+
+
 def test_a_letterboxed_query_says_its_borders_were_trimmed(gallery: Gallery) -> None:
     photo = gallery.photos[0]
 

@@ -194,8 +194,11 @@ class MilvusVectorIndex:
             search_params={"metric_type": "IP"},
             consistency_level="Strong",
         )
+        # The inner product of two unit vectors in float32 can exceed 1 by a few ulps: a cosine cannot.
         hits = [
-            VectorHit(str(hit["id"]), hit["entity"]["key"], round(float(hit["distance"]), _SIMILARITY_DECIMALS))
+            VectorHit(
+                str(hit["id"]), hit["entity"]["key"], round(min(float(hit["distance"]), 1.0), _SIMILARITY_DECIMALS)
+            )
             for hit in results[0]
         ]
         hits.sort(key=lambda h: (-h.similarity, h.id))

@@ -229,19 +229,23 @@ class SearchService:
             record = records.get(entry_id)
             near_hit = distances.get(entry_id)
             similarity = similarities.get(entry_id)
+            distance = near_hit.distance if near_hit else _distance(query.phash, record)
+            alike = similarity is not None and similarity >= limits.duplicate_similarity
+            # Each signal close, neither enough alone: both are what made it a duplicate.
+            agreeing = near_hit is None and not alike and limits.agree(distance, similarity)
             signals = []
             if tier == "exact":
                 signals.append("sha256")
-            if near_hit is not None:
+            if near_hit is not None or agreeing:
                 signals.append("phash")
-            if similarity is not None and similarity >= limits.duplicate_similarity:
+            if alike or agreeing:
                 signals.append("vector")
             return Hit(
                 id=entry_id,
                 key=record.key if record else vector_keys[entry_id],
                 tier=tier,
                 similarity=similarity,
-                distance=near_hit.distance if near_hit else _distance(query.phash, record),
+                distance=distance,
                 segments_matched=near_hit.segments_matched if near_hit else None,
                 signals=tuple(signals),
                 trim=record.trim if record else None,
@@ -249,7 +253,9 @@ class SearchService:
             )
 
         exact_ids = [r.id for r in exact_records]
-        duplicate_ids = {*distances} | {i for i, s in similarities.items() if s >= limits.duplicate_similarity}
+        duplicate_ids = {*distances} | {
+            i for i, s in similarities.items() if limits.is_duplicate(_distance(query.phash, records.get(i)), s)
+        }
         duplicate_ids -= set(exact_ids)
         exact = _ordered(hit(i, "exact") for i in exact_ids)
         duplicates = _ordered(hit(i, "duplicate") for i in duplicate_ids)[:MAX_DUPLICATES]

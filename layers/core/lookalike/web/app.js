@@ -13,7 +13,7 @@ const $ = (id) => document.getElementById(id);
  * documented ones (lookalike.thresholds); every answer then says which it used. */
 const THRESHOLDS = {
   duplicate_distance: { fallback: 8, parse: (text) => Number.parseInt(text, 10), show: (v) => `${v} bits` },
-  duplicate_similarity: { fallback: 0.86, parse: Number.parseFloat, show: (v) => v.toFixed(2) },
+  duplicate_similarity: { fallback: 0.77, parse: Number.parseFloat, show: (v) => v.toFixed(2) },
   min_similarity: { fallback: 0.5, parse: Number.parseFloat, show: (v) => v.toFixed(2) },
 };
 /** pHash segments (lookalike.hashing.DEFAULT_LAYOUT: 16 segments of 4 bits). */
