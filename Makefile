@@ -8,7 +8,7 @@ MODEL  := layers/model/build/vgg16-gmp-fp32.onnx
 MODEL_INT8 := layers/model/build/vgg16-gmp-int8.onnx
 MODELS := $(MODEL) $(MODEL_INT8)
 
-.PHONY: help run test model lint unit venv lock bench eval quality clean
+.PHONY: help run test model lint unit venv lock bench eval quality clean browser-deps
 
 help:
 	@echo "make run    - index a sample gallery and serve the local twin (search page and API)"
@@ -44,8 +44,17 @@ lint: $(STAMP)
 unit: $(STAMP) $(MODELS)
 	$(BIN)/pytest tests/unit
 
-test: $(STAMP) $(MODELS) lint
+# Everything CI runs: lint and types, the template's linters and security scan, the Lambda
+# package built and measured, then every test (the browser tests need Debian's chromium).
+test: $(STAMP) $(MODELS) lint template-check template-scan package-check browser-deps
 	$(BIN)/pytest
+
+# Playwright drives Debian's chromium: its own browser download cannot work on a closed network.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 run: $(STAMP) $(MODELS)
 	$(BIN)/lookalike serve --sample-gallery
@@ -69,7 +78,7 @@ lock: $(STAMP)
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements/runtime.lock
 
 clean:
-	rm -rf $(VENV) .venv-sam .venv-checkov layers/model/build .aws-sam .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-sam .venv-checkov .venv-pip-audit layers/model/build .aws-sam .mypy_cache .ruff_cache
 
 # --- AWS SAM packaging ---
 # aws-sam-cli pins its own boto3, botocore and cfn-lint, which conflict with requirements/dev.lock,
@@ -106,3 +115,42 @@ export LAMBDA_MODEL
 package-check: $(STAMP) $(SAM_STAMP) layers/model/build/$(LAMBDA_MODEL).onnx
 	$(SAM) build --region $(SAM_REGION) --template-file template.yaml
 	$(BIN)/python scripts/check_package.py
+
+# --- supply chain checks ---
+# checkov and pip-audit pin dependencies of their own that conflict with requirements/dev.lock,
+# so each gets a venv of its own. Both fail closed. checkov skips its download of Prisma Cloud
+# guideline links (not part of the checks); a check that does not apply is skipped in
+# template.yaml beside its resource, with the reason. pip-audit runs --strict: a locked package
+# it cannot look up (no network, an index without PyPI's JSON API) fails the check instead of
+# passing unaudited. Nothing is installed from the lock: --disable-pip reads it as it is.
+CHECKOV_VERSION   := 3.3.30
+CHECKOV_VENV      := .venv-checkov
+CHECKOV_STAMP     := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+PIP_AUDIT_VERSION := 2.10.1
+PIP_AUDIT_VENV    := .venv-pip-audit
+PIP_AUDIT_STAMP   := $(PIP_AUDIT_VENV)/.installed-$(PIP_AUDIT_VERSION)
+
+.PHONY: supply-chain-check template-scan dependency-audit
+
+$(CHECKOV_STAMP):
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25"
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet "checkov==$(CHECKOV_VERSION)"
+	touch $@
+
+$(PIP_AUDIT_STAMP):
+	rm -rf $(PIP_AUDIT_VENV)
+	$(PYTHON) -m venv $(PIP_AUDIT_VENV)
+	$(PIP_AUDIT_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25"
+	$(PIP_AUDIT_VENV)/bin/python -m pip install --quiet "pip-audit==$(PIP_AUDIT_VERSION)"
+	touch $@
+
+template-scan: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --quiet --compact
+
+dependency-audit: $(PIP_AUDIT_STAMP)
+	$(PIP_AUDIT_VENV)/bin/pip-audit --strict --require-hashes --disable-pip --progress-spinner off \
+	  --vulnerability-service pypi -r requirements/runtime.lock
+
+supply-chain-check: template-scan dependency-audit
