@@ -12,8 +12,8 @@ signals of every candidate that matters: each hit has its Hamming distance and c
 similarity, and the hits cover every candidate within the largest distance plus at least the
 100 nearest vectors. Ranks and tiers at any other thresholds are recomputed from those
 signals with the service's own rules (``Thresholds.is_duplicate``: distance <= d, *or*
-similarity >= s, *or* both within their slack; order = similarity, then distance, then key), so one pass over the queries serves every
-threshold in the calibration grid.
+similarity >= s, *or* both within their slack; order = similarity, then distance, then
+key), so one pass over the queries serves every threshold in the calibration grid.
 
 Query signatures are computed in batches (one model run per 16 queries) before the searches:
 :class:`PrecomputedSignatures` hands the service the signature of bytes it has already seen,
