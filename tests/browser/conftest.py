@@ -8,13 +8,7 @@ indexed through the upload event path before it serves.
 
 from __future__ import annotations
 
-import os
-import queue
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +16,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Playwright, ViewportSize, sync_playwright
 
 from tests.conftest import REPO_ROOT, dataset_photos
+from tests.twin import running_twin
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Without the background-networking flags Chromium keeps calling home, and this closed
@@ -38,7 +33,6 @@ CHROMIUM_ARGS = [
 ]
 GALLERY_SIZE = 12
 OWNER = "local"  # the twin's default dev owner
-STARTUP_SECONDS = 180
 SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
 DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 
@@ -58,36 +52,9 @@ def gallery_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def server(gallery_photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`lookalike serve` on a free loopback port with a fresh data dir; yields its base URL."""
     data_dir = tmp_path_factory.mktemp("twin-data")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOKALIKE_", "MILVUS_", "OPENSEARCH_"))}
-    env["LOOKALIKE_MODEL_THREADS"] = "1"
-    command = [sys.executable, "-m", "lookalike.cli", "--data-dir", str(data_dir), "serve", "--"]
-    command += ["--port", "0", "--owner", OWNER, "--sample-gallery", str(gallery_photos[0].parent)]
-    command += ["--sample-size", str(GALLERY_SIZE)]
-    with (data_dir / "stderr.log").open("w") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        lines: queue.Queue[str] = queue.Queue()
-
-        def read_stdout() -> None:
-            for line in process.stdout or []:
-                lines.put(line)
-
-        threading.Thread(target=read_stdout, daemon=True).start()
-        try:
-            url = None
-            while url is None:
-                try:
-                    line = lines.get(timeout=STARTUP_SECONDS)
-                except queue.Empty:
-                    pytest.fail(f"lookalike serve did not start; see {data_dir / 'stderr.log'}")
-                if line.startswith("lookalike serving on "):
-                    url = line.split()[3]
-            yield url
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    options = ["--owner", OWNER, "--sample-gallery", str(gallery_photos[0].parent), "--sample-size", str(GALLERY_SIZE)]
+    with running_twin(data_dir, *options) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +15,8 @@ from PIL import Image
 from lookalike.devserver import generated_pictures
 from lookalike.identity import content_sha256
 from tests.functional.conftest import photo_bytes
+from tests.twin import running_twin
 
-STARTUP_SECONDS = 180
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -38,34 +32,9 @@ def samples(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Pat
 def twin(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`lookalike serve` on a free port with its own data dir; yields its base URL."""
     data_dir = tmp_path_factory.mktemp("twin-data")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOKALIKE_", "MILVUS_", "OPENSEARCH_"))}
-    env["LOOKALIKE_MODEL_THREADS"] = "1"
-    log = (data_dir / "stderr.log").open("w")
-    command = [sys.executable, "-m", "lookalike.cli", "--data-dir", str(data_dir), "serve", "--"]
-    command += ["--port", "0", "--sample-gallery", str(samples), "--sample-size", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in process.stdout or []:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=STARTUP_SECONDS)
-            if line.startswith("lookalike serving on "):
-                url = line.split()[3]
-        assert "(owner: local)" in line
+    with running_twin(data_dir, "--sample-gallery", str(samples), "--sample-size", "2") as (url, banner):
+        assert "(owner: local)" in banner
         yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def upload(twin: str, filename: str, content_type: str = "image/jpeg") -> dict[str, Any]:

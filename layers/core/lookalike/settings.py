@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from lookalike.errors import ConfigurationError
+from lookalike.files import write_atomically
 from lookalike.thresholds import Thresholds
 
 OpenSearchAuth = Literal["none", "es", "aoss"]
@@ -201,8 +202,7 @@ def load_thresholds(path: Path) -> Thresholds | None:
 def save_thresholds(path: Path, thresholds: Thresholds, *, note: str = "") -> None:
     """Write calibrated thresholds where ``Settings.from_env`` finds them (env variables still win)."""
     thresholds.validate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**asdict(thresholds), "note": note}, indent=2) + "\n")
+    write_atomically(path, (json.dumps({**asdict(thresholds), "note": note}, indent=2) + "\n").encode())
 
 
 def _parse_auth(value: str) -> OpenSearchAuth:

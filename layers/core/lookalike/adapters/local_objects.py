@@ -14,12 +14,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lookalike.errors import InvalidRequest, NotFound, StoreUnavailable
+from lookalike.files import write_atomically
 from lookalike.ports import StoredObject
 
 logger = logging.getLogger(__name__)
@@ -84,18 +84,7 @@ class LocalObjectStore:
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
         header = json.dumps({"key": key, "content_type": content_type, "etag": etag}).encode() + b"\n"
         try:
-            path.parent.mkdir(exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as file:
-                    file.write(header)
-                    file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            write_atomically(path, header, data)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write the local object {key!r}: {exc}") from exc
         return StoredObject(key, len(data), etag)

@@ -33,8 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +46,7 @@ from urllib.parse import quote_plus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lookalike.errors import ConfigurationError, NotFound, StoreUnavailable
+from lookalike.files import write_atomically
 from lookalike.identity import content_sha256, image_id
 from lookalike.keys import owner_from_key
 from lookalike.lifecycle.listing import ListedObject, looks_indexed
@@ -383,17 +382,7 @@ def load_state(path: Path | None, fresh: BackfillState) -> BackfillState:
 
 def save_state(path: Path, state: BackfillState) -> None:
     """Write the state whole or not at all (a temporary file renamed over the old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(asdict(state), file, indent=2)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(asdict(state), indent=2).encode())
 
 
 # --- The run ------------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import tempfile
 import time
@@ -56,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lookalike.errors import StoreUnavailable
+from lookalike.files import write_atomically
 from lookalike.identity import image_id
 from lookalike.keys import owner_from_key
 from lookalike.lifecycle.listing import ListedObject, list_objects
@@ -153,15 +153,7 @@ class FileState:
             return {}
 
     def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(state, file)
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps(state).encode())
 
 
 class S3State:
