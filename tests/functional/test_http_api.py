@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -572,3 +573,18 @@ def _event(method: str, path: str, body: str | None = None) -> dict[str, Any]:
         "body": body,
         "isBase64Encoded": False,
     }
+
+
+def test_every_answer_publishes_a_metric_of_its_class(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    # Powertools warns about (and publishes nothing for) an invocation without metrics.
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert api.call("GET", "/openapi.json", owner=None).status == 200
+        assert api.call("GET", "/images", query={"page_size": "0"}).status == 400
+    published = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    names = [
+        metric["Name"] for record in published for m in record["_aws"]["CloudWatchMetrics"] for metric in m["Metrics"]
+    ]
+    assert "Answers" in names
+    assert "ClientErrors" in names

@@ -139,7 +139,14 @@ def handle(
     and the OpenAPI document never load the model, and a store down at cold start is a 503.
     """
     app.append_context(backend=backend, metrics=metrics)
-    return app.resolve(dict(event), context)  # type: ignore[arg-type]  # the twin has no LambdaContext
+    response: dict[str, Any] = app.resolve(dict(event), context)  # type: ignore[arg-type]  # the twin has none
+    # Every answer is counted by its class, so each invocation publishes a metric and client
+    # errors can be told from server errors on a dashboard.
+    if metrics is not None:
+        status = int(response.get("statusCode", 500))
+        outcome = "ServerErrors" if status >= 500 else "ClientErrors" if status >= 400 else "Answers"
+        metrics.add_metric(name=outcome, unit=MetricUnit.Count, value=1)
+    return response
 
 
 @functools.cache
