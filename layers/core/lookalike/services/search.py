@@ -209,8 +209,8 @@ class SearchService:
 
         # Candidates for the duplicate tier that the vector search did not rank still get a
         # similarity, so that every hit explains itself with every signal.
-        distances = {h.record.id: h for h in near}
-        missing = [i for i in [*distances, *(r.id for r in exact_records)] if i not in similarities]
+        near_hits = {h.record.id: h for h in near}
+        missing = [i for i in [*near_hits, *(r.id for r in exact_records)] if i not in similarities]
         if missing and query.vector is not None:
             for entry_id, entry in self.vectors.get(missing, owner).items():
                 similarities[entry_id] = float(np.dot(entry.vector, query.vector))
@@ -224,12 +224,17 @@ class SearchService:
             logger.warning("vector entries without a record", extra={"ids": orphans[:10]})
         if query.vector is not None and any(i not in similarities for i in missing):
             warnings.append("some duplicates are in the hash index but not the vector index")
+        # Every candidate's pHash distance: from the hash query, else from its stored record.
+        distances = {
+            i: near_hits[i].distance if i in near_hits else _distance(query.phash, records.get(i))
+            for i in records.keys() | similarities.keys()
+        }
 
         def hit(entry_id: str, tier: Tier) -> Hit:
             record = records.get(entry_id)
-            near_hit = distances.get(entry_id)
+            near_hit = near_hits.get(entry_id)
             similarity = similarities.get(entry_id)
-            distance = near_hit.distance if near_hit else _distance(query.phash, record)
+            distance = distances.get(entry_id)
             alike = similarity is not None and similarity >= limits.duplicate_similarity
             # Each signal close, neither enough alone: both are what made it a duplicate.
             agreeing = near_hit is None and not alike and limits.agree(distance, similarity)
@@ -253,9 +258,7 @@ class SearchService:
             )
 
         exact_ids = [r.id for r in exact_records]
-        duplicate_ids = {*distances} | {
-            i for i, s in similarities.items() if limits.is_duplicate(_distance(query.phash, records.get(i)), s)
-        }
+        duplicate_ids = {*near_hits} | {i for i, s in similarities.items() if limits.is_duplicate(distances[i], s)}
         duplicate_ids -= set(exact_ids)
         exact = _ordered(hit(i, "exact") for i in exact_ids)
         duplicates = _ordered(hit(i, "duplicate") for i in duplicate_ids)[:MAX_DUPLICATES]
