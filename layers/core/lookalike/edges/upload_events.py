@@ -113,7 +113,7 @@ def handle_upload_events(
     fresh = [n for n in named if not ledger.seen(n)]
     outcomes = converge(fresh, services)
     if metrics is not None:
-        _record_metrics(metrics, outcomes.values(), skipped=len(named) - len(fresh))
+        _record_metrics(metrics, outcomes.values(), messages=len(messages), skipped=len(named) - len(fresh))
 
     def settle(record: SQSRecord) -> None:
         for notification in messages[record.message_id]:
@@ -249,7 +249,10 @@ def _failed(key: str, exc: Exception) -> KeyOutcome:
     return KeyOutcome(key, "failed", str(exc))
 
 
-def _record_metrics(metrics: Metrics, outcomes: Iterable[KeyOutcome], *, skipped: int) -> None:
+def _record_metrics(metrics: Metrics, outcomes: Iterable[KeyOutcome], *, messages: int, skipped: int) -> None:
+    # Messages are counted even when they name no object (S3's test event), so that every
+    # invocation publishes something.
+    metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=messages)
     counts = Counter(outcome.status for outcome in outcomes)
     for status, count in counts.items():
         metrics.add_metric(name=METRIC_NAMES[status], unit=MetricUnit.Count, value=count)
