@@ -91,12 +91,17 @@ SAM_REGION  ?= eu-west-1
 
 .PHONY: sam-venv template-check package-check
 
-$(SAM_STAMP):
-	rm -rf $(SAM_VENV)
-	$(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25"
-	$(SAM_VENV)/bin/python -m pip install --quiet "aws-sam-cli==$(SAM_VERSION)"
+# A tool in a venv of its own: $(call tool_venv,<venv>,<requirement>), the recipe of its stamp.
+define tool_venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade "pip>=25"
+	$(1)/bin/python -m pip install --quiet "$(2)"
 	touch $@
+endef
+
+$(SAM_STAMP):
+	$(call tool_venv,$(SAM_VENV),aws-sam-cli==$(SAM_VERSION))
 
 sam-venv: $(SAM_STAMP)
 
@@ -133,18 +138,10 @@ PIP_AUDIT_STAMP   := $(PIP_AUDIT_VENV)/.installed-$(PIP_AUDIT_VERSION)
 .PHONY: supply-chain-check template-scan dependency-audit
 
 $(CHECKOV_STAMP):
-	rm -rf $(CHECKOV_VENV)
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25"
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet "checkov==$(CHECKOV_VERSION)"
-	touch $@
+	$(call tool_venv,$(CHECKOV_VENV),checkov==$(CHECKOV_VERSION))
 
 $(PIP_AUDIT_STAMP):
-	rm -rf $(PIP_AUDIT_VENV)
-	$(PYTHON) -m venv $(PIP_AUDIT_VENV)
-	$(PIP_AUDIT_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25"
-	$(PIP_AUDIT_VENV)/bin/python -m pip install --quiet "pip-audit==$(PIP_AUDIT_VERSION)"
-	touch $@
+	$(call tool_venv,$(PIP_AUDIT_VENV),pip-audit==$(PIP_AUDIT_VERSION))
 
 template-scan: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --quiet --compact
