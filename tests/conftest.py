@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from lookalike.embedding import FeatureModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_DIR = REPO_ROOT.parent / "shared" / "datasets" / "imagenet-samples-odd"
 MODEL_PATH = REPO_ROOT / "layers" / "model" / "build" / "vgg16-gmp-fp32.onnx"
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    """``image`` as an RGB JPEG upload."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
 
 
 def dataset_photos() -> list[Path]:

@@ -19,6 +19,7 @@ from playwright.sync_api import FilePayload, Locator, Page, Request, Route, expe
 
 from lookalike.devserver import generated_pictures
 from tests.browser.conftest import OWNER, screenshot
+from tests.conftest import jpeg
 
 pytestmark = pytest.mark.browser
 
@@ -31,12 +32,6 @@ def key_of(name: str) -> str:
     return f"users/{OWNER}/samples/{name}"
 
 
-def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
-    out = io.BytesIO()
-    image.convert("RGB").save(out, "JPEG", quality=quality)
-    return out.getvalue()
-
-
 def letterboxed(path: Path, bar: float = 0.15) -> bytes:
     """The photo with black bars `bar` of its height above and below, as a JPEG."""
     with Image.open(path) as photo:
@@ -44,7 +39,7 @@ def letterboxed(path: Path, bar: float = 0.15) -> bytes:
         bars = round(height * bar)
         canvas = Image.new("RGB", (width, height + 2 * bars))
         canvas.paste(photo.convert("RGB"), (0, bars))
-    return jpeg_bytes(canvas)
+    return jpeg(canvas)
 
 
 def a_file(name: str, data: bytes, mime_type: str = "image/jpeg") -> FilePayload:
@@ -268,7 +263,7 @@ def test_delete_removes_an_image_from_the_gallery(page: Page, server: str, photo
 
 
 def test_an_image_added_to_the_gallery_shows_indexing_then_becomes_searchable(page: Page, photos: list[Path]) -> None:
-    data = jpeg_bytes(Image.open(photos[60]))
+    data = jpeg(Image.open(photos[60]))
     polls_to_miss = [1, 2]
 
     def not_yet_indexed(route: Route) -> None:
@@ -299,7 +294,7 @@ def test_an_image_added_to_the_gallery_shows_indexing_then_becomes_searchable(pa
 def test_a_cloud_presigned_post_sends_the_signed_fields_then_the_file(
     page: Page, server: str, photos: list[Path]
 ) -> None:
-    data = jpeg_bytes(Image.open(photos[70]))
+    data = jpeg(Image.open(photos[70]))
     local: dict[str, Any] = {}
     received: dict[str, Any] = {}
     fields = {"key": "", "Content-Type": "image/jpeg", "policy": "eyJjb25kaXRpb25zIjogW119", "x-amz-signature": "0f"}

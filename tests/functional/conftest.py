@@ -8,7 +8,6 @@ would load a model per test); the handlers are then driven with real event JSON.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import socket
 import uuid
@@ -31,7 +30,7 @@ from lookalike.ports import HashIndex
 from lookalike.services import IndexService, SearchService
 from lookalike.settings import Settings
 from lookalike.signatures import SignatureExtractor
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, jpeg
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -276,12 +275,6 @@ class FakeLambdaContext:
 
 
 # --- Images ----------------------------------------------------------------------------------
-
-
-def jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    out = io.BytesIO()
-    image.convert("RGB").save(out, "JPEG", quality=quality)
-    return out.getvalue()
 
 
 def photo_bytes(path: Path, max_side: int = 320) -> bytes:

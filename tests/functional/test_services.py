@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,11 @@ from lookalike.services import IndexService, SearchService
 from lookalike.services.indexing import IndexRequest
 from lookalike.signatures import SignatureExtractor
 from lookalike.thresholds import Thresholds
+from tests.conftest import jpeg
 
 BUCKET = "gallery"
 OWNER = "ann"
 GALLERY_SIZE = 24
-
-
-def jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    out = io.BytesIO()
-    image.convert("RGB").save(out, "JPEG", quality=quality)
-    return out.getvalue()
 
 
 def letterboxed(image: Image.Image, fraction: float = 0.15) -> Image.Image:
